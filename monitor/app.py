@@ -1,0 +1,52 @@
+"""Wiring: build the library's objects from a Config, so the CLI, daemon and demo agree."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from monitor import __version__
+from monitor.config import Config
+from monitor.errors import UsageError
+from monitor.fetch import Fetcher
+from monitor.storage import Store
+
+NCT_ID = re.compile(r"^NCT\d{8}$")
+USER_AGENT = f"trial-monitor/{__version__} (+https://github.com/trial-monitor/trial-monitor)"
+
+
+def open_store(config: Config) -> Store:
+    return Store(config.database_path, busy_timeout=config.storage.busy_timeout)
+
+
+def make_fetcher(config: Config) -> Fetcher:
+    src = config.source
+    return Fetcher(
+        src.base_url,
+        batch_size=src.batch_size,
+        timeout=src.timeout,
+        pace=src.pace,
+        user_agent=src.user_agent or USER_AGENT,
+        max_attempts=src.max_attempts,
+        backoff_initial=src.backoff_initial,
+        backoff_max=src.backoff_max,
+    )
+
+
+def parse_ids(values: Iterable[str]) -> list[str]:
+    """Upper-case and check every id; one bad id rejects the whole list (nothing half-added)."""
+    ids: list[str] = []
+    bad: list[str] = []
+    for raw in values:
+        for token in re.split(r"[\s,]+", raw.strip()):
+            if not token:
+                continue
+            nct = token.upper()
+            (ids if NCT_ID.match(nct) else bad).append(nct if NCT_ID.match(nct) else token)
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:5]) + (" …" if len(bad) > 5 else "")
+        raise UsageError(
+            f"not a ClinicalTrials.gov id: {shown}. Ids look like NCT01234567 "
+            "('NCT' and 8 digits); nothing was changed."
+        )
+    return list(dict.fromkeys(ids))
