@@ -63,12 +63,63 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    every: float = field(default=21600.0, metadata={"duration": True, "min": 10})
+    cron: str = field(default="", metadata={"check": "cron"})
+    jitter: float = field(default=120.0, metadata={"duration": True, "min": 0})
+    full_sweep: float = field(default=86400.0, metadata={"duration": True, "min": 60})
+    stale_after: float = field(default=259200.0, metadata={"duration": True, "min": 60})
+    stale_failures: int = field(default=5, metadata={"min": 1})
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    allow_private_targets: bool = False
+    deliver_every: float = field(default=60.0, metadata={"duration": True, "min": 1})
+    retry_for: float = field(default=86400.0, metadata={"duration": True, "min": 0})
+    digest_time: str = field(default="08:00", metadata={"pattern": r"^([01]\d|2[0-3]):[0-5]\d$"})
+    digest_weekday: str = field(
+        default="mon", metadata={"choices": ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+    )
+    timeout: float = field(default=15.0, metadata={"duration": True, "min": 0.1})
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "localhost"
+    port: int = field(default=587, metadata={"min": 1, "max": 65535})
+    security: str = field(default="starttls", metadata={"choices": ("starttls", "tls", "none")})
+    username: str = ""
+    sender: str = field(default="trial-monitor@localhost", metadata={"key": "from"})
+    password_env: str = "TRIAL_MONITOR_SMTP_PASSWORD"
+    password_file: str = ""
+    timeout: float = field(default=30.0, metadata={"duration": True, "min": 0.1})
+
+    def password(self, base: Path | None = None) -> str | None:
+        """The SMTP password, from a file or the environment: never from config text."""
+        if self.password_file:
+            path = Path(self.password_file).expanduser()
+            if not path.is_absolute() and base is not None:
+                path = base / path
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"smtp.password_file: cannot read {path}: {exc.strerror}"
+                ) from None
+        return os.environ.get(self.password_env) or None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``path`` is the file it came from (None for defaults)."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
     path: Path | None = None
 
     @property
@@ -127,14 +178,15 @@ def from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
 
 
 def _section(cls: type[Any], name: str, values: dict[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, raw in values.items():
         if key not in fields:
             known = ", ".join(fields)
             raise ConfigError(f"{where}: unknown key {name}.{key}; known keys: {known}")
-        kwargs[key] = _value(fields[key], hints[key], f"{name}.{key}", raw, where)
+        f = fields[key]
+        kwargs[f.name] = _value(f, hints[f.name], f"{name}.{key}", raw, where)
     return cls(**kwargs)
 
 
@@ -149,6 +201,10 @@ def _value(f: dataclasses.Field[Any], kind: Any, key: str, raw: Any, where: str)
         raise ConfigError(f"{where}: {key} = {raw!r} is not one of {options}")
     if meta.get("url") and not re.match(r"^https?://[^/\s]+", str(value)):
         raise ConfigError(f"{where}: {key} = {raw!r} must be an http:// or https:// URL")
+    if meta.get("check") == "cron" and value:
+        _check_cron(key, value, where)
+    if "pattern" in meta and not re.match(meta["pattern"], str(value)):
+        raise ConfigError(f"{where}: {key} = {raw!r} has the wrong form (expected e.g. 08:00)")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{where}: {key} = {raw!r} must be at least {meta['min']}")
     if "max" in meta and value > meta["max"]:
@@ -174,3 +230,14 @@ def _coerce(kind: Any, raw: Any) -> Any:
             raise ValueError(f"expected a string, got {raw!r}")
         return raw
     raise ValueError(f"unsupported setting type {kind!r}")
+
+
+def _check_cron(key: str, value: str, where: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}: {key} = {value!r} is not a crontab line such as '30 10 * * *' ({exc})"
+        ) from None

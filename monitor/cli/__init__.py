@@ -1,0 +1,13 @@
+"""The ``trial-monitor`` command line: a thin layer over the library.
+
+Each module registers the commands of one area on the shared group in ``base``.
+"""
+
+from monitor.cli import core
+from monitor.cli.base import cli
+
+__all__ = ["cli", "core", "main"]
+
+
+def main() -> None:
+    cli(prog_name="trial-monitor")
