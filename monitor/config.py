@@ -202,7 +202,7 @@ def _value(f: dataclasses.Field[Any], kind: Any, key: str, raw: Any, where: str)
     if meta.get("url") and not re.match(r"^https?://[^/\s]+", str(value)):
         raise ConfigError(f"{where}: {key} = {raw!r} must be an http:// or https:// URL")
     if meta.get("check") == "cron" and value:
-        _check_cron(key, value, where)
+        _check_cron(key, str(value), where)
     if "pattern" in meta and not re.match(meta["pattern"], str(value)):
         raise ConfigError(f"{where}: {key} = {raw!r} has the wrong form (expected e.g. 08:00)")
     if "min" in meta and value < meta["min"]:
