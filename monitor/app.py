@@ -5,14 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from monitor import __version__
 from monitor.config import Config
 from monitor.errors import UsageError
-from monitor.fetch import Fetcher
+from monitor.fetch import DEFAULT_USER_AGENT, Fetcher
 from monitor.storage import Store
 
 NCT_ID = re.compile(r"^NCT\d{8}$")
-USER_AGENT = f"trial-monitor/{__version__} (+https://github.com/trial-monitor/trial-monitor)"
 
 
 def open_store(config: Config) -> Store:
@@ -26,7 +24,7 @@ def make_fetcher(config: Config) -> Fetcher:
         batch_size=src.batch_size,
         timeout=src.timeout,
         pace=src.pace,
-        user_agent=src.user_agent or USER_AGENT,
+        user_agent=src.user_agent or DEFAULT_USER_AGENT,
         max_attempts=src.max_attempts,
         backoff_initial=src.backoff_initial,
         backoff_max=src.backoff_max,
