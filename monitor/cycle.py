@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import structlog
 
-from monitor.diff import baseline, diff
+from monitor.diff import diff
 from monitor.errors import LockedError
 from monitor.fetch import Fetcher
 from monitor.model import Change
@@ -177,13 +177,10 @@ def _record(
         trial = current if current is not None else trial
         if trial.content_hash == digest:
             return
-    snapshot = normalize(study)
     is_baseline = trial.version_id is None
-    if is_baseline:
-        changes = baseline(snapshot)
-    else:
-        assert trial.version_id is not None
-        changes = diff(normalize(store.version_study(trial.version_id)), snapshot)
+    changes: list[Change] = []
+    if trial.version_id is not None:
+        changes = diff(normalize(store.version_study(trial.version_id)), normalize(study))
         if trial.state == "not_found":
             changes = [Change("identification.nctId", "added", new=canonical), *changes]
     status = study["protocolSection"].get("statusModule", {})
@@ -209,7 +206,7 @@ def _record(
         return
     if is_baseline:
         summary.new += 1
-        log.info("trial.baseline", nct_id=canonical, fields=len(changes))
+        log.info("trial.baseline", nct_id=canonical)
     elif changes:
         summary.changed += 1
         log.info("trial.changed", nct_id=canonical, changes=len(changes))

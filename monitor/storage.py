@@ -8,15 +8,16 @@ old database upgrades itself. Tables:
   ``versionHolder``. Stored zstd-compressed; a version is compressed against the trial's
   previous version (a raw-content dictionary), so a new version costs bytes in proportion to
   what changed. Every ``KEYFRAME``-th version is stored whole to bound the chain.
-- ``changes``: the "Recent Field Changes" log, never rewritten. Baseline rows (the first
-  snapshot) keep no values: the values are the baseline version itself, so they are read back
-  from it instead of tripling the database.
+- ``changes``: the "Recent Field Changes" log, never rewritten. A trial's first snapshot is one
+  baseline marker row: its "added" entries are exactly the fields of the baseline version, so
+  they are derived from it when read instead of being stored a second time.
 - ``cycles``: one row per poll cycle, for the summary and for ``status``.
 - ``meta``: small key-value facts (e.g. the registry's last ``dataTimestamp``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ from monitor.model import Change
 
 KEYFRAME = 16
 LEVEL = 9
+#: The one row that stands for a trial's whole first snapshot; ``changes()`` expands it.
+BASELINE_MARKER = Change("*", "added")
 
 migrations = Migrations("trial-monitor")
 
@@ -379,7 +382,12 @@ class Store:
                 if updated != 1:
                     raise _LostRace
                 ids = self._insert_changes(
-                    fetched.nct_id, version_id, cycle_id, changes, baseline, stamp
+                    fetched.nct_id,
+                    version_id,
+                    cycle_id,
+                    [BASELINE_MARKER] if baseline else changes,
+                    baseline,
+                    stamp,
                 )
                 for hook in self.on_record:
                     hook(self, fetched.nct_id, ids, baseline)
@@ -411,8 +419,8 @@ class Store:
                     cycle_id,
                     c.field,
                     c.change,
-                    None if baseline else _dump(c.old),
-                    None if baseline else _dump(c.new),
+                    _dump(c.old),
+                    _dump(c.new),
                     stamp,
                     int(baseline),
                 )
@@ -486,7 +494,7 @@ class Store:
         field_glob: str | None = None,
         limit: int | None = None,
     ) -> list[StoredChange]:
-        """Change-log rows, oldest first."""
+        """Change-log rows, oldest first, with each baseline marker expanded into its fields."""
         where: list[str] = []
         params: list[Any] = []
         if ids:
@@ -496,50 +504,50 @@ class Store:
             where.append("detected_at >= ?")
             params.append(since)
         if field_glob:
-            where.append("field glob ?")
+            where.append("(field glob ? or baseline = 1)")
             params.append(field_glob)
         sql = "select * from changes"
         if where:
             sql += " where " + " and ".join(where)
         sql += " order by detected_at, id"
-        if limit:
-            sql += f" limit {int(limit)}"
-        return self._resolve_baselines(list(self.db.query(sql, params)))
+        out: list[StoredChange] = []
+        for row in self.db.query(sql, params):
+            for change in self._expand(row):
+                if field_glob is None or fnmatch.fnmatchcase(change.field, field_glob):
+                    out.append(change)
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+        return out
 
-    def _resolve_baselines(self, rows: list[dict[str, Any]]) -> list[StoredChange]:
+    def _expand(self, row: dict[str, Any]) -> list[StoredChange]:
+        """A stored row as change entries; a baseline marker becomes one entry per field."""
+        from monitor.diff import baseline
         from monitor.normalize import normalize
 
-        out: list[StoredChange] = []
-        seen: dict[tuple[int, str], int] = {}
-        snapshots: dict[int, Any] = {}
-        for r in rows:
-            old, new = _load_json(r["old"]), _load_json(r["new"])
-            if r["baseline"] and r["version_id"] is not None:
-                vid = int(r["version_id"])
-                if vid not in snapshots:
-                    snapshots[vid] = normalize(self.version_study(vid))
-                snap = snapshots[vid]
-                if r["field"] in snap.fields:
-                    new = snap.fields[r["field"]]
-                elif r["field"] in snap.items:
-                    n = seen.get((vid, r["field"]), 0)
-                    seen[(vid, r["field"])] = n + 1
-                    members = snap.items[r["field"]]
-                    new = members[min(n, len(members) - 1)]
-            out.append(
+        common = {
+            "id": row["id"],
+            "nct_id": row["nct_id"],
+            "version_id": row["version_id"],
+            "detected_at": row["detected_at"],
+        }
+        if not row["baseline"]:
+            return [
                 StoredChange(
-                    id=r["id"],
-                    nct_id=r["nct_id"],
-                    version_id=r["version_id"],
-                    field=r["field"],
-                    change=r["change"],
-                    old=old,
-                    new=new,
-                    detected_at=r["detected_at"],
-                    baseline=bool(r["baseline"]),
+                    **common,
+                    field=row["field"],
+                    change=row["change"],
+                    old=_load_json(row["old"]),
+                    new=_load_json(row["new"]),
+                    baseline=False,
                 )
+            ]
+        snapshot = normalize(self.version_study(int(row["version_id"])))
+        return [
+            StoredChange(
+                **common, field=c.field, change="added", old=None, new=c.new, baseline=True
             )
-        return out
+            for c in baseline(snapshot)
+        ]
 
     def groups_changed(self, version_id: int) -> list[str]:
         """The field groups that changed when this version was first seen."""
