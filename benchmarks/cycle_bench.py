@@ -34,8 +34,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from monitor.config import Config, SourceConfig, StorageConfig  # noqa: E402
 from monitor import app  # noqa: E402
+from monitor.config import Config, SourceConfig, StorageConfig  # noqa: E402
 from monitor.cycle import run_cycle  # noqa: E402
 from monitor.storage import utcnow  # noqa: E402
 
@@ -105,8 +105,7 @@ def parse_cost(base_url: str, ids: list[str], batch_size: int) -> float:
         bodies = [
             client.get(
                 f"{base_url}/studies",
-                params={"filter.ids": ",".join(ids[i : i + batch_size]),
-                        "pageSize": batch_size},
+                params={"filter.ids": ",".join(ids[i : i + batch_size]), "pageSize": batch_size},
             ).content
             for i in range(0, len(ids), batch_size)
         ]
@@ -133,8 +132,9 @@ def main() -> None:
         source=SourceConfig(base_url=base_url, pace=0.0, batch_size=args.batch_size),
         storage=StorageConfig(database=str(db)),
     )
-    import structlog
     import logging
+
+    import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     rows = []
@@ -151,8 +151,9 @@ def main() -> None:
                 here.send(command)
                 here.recv()
             size_before = db_bytes(db)
-            versions_before = store.db.execute("select count(*), coalesce(sum(raw_size),0) "
-                                               "from versions").fetchone()
+            versions_before = store.db.execute(
+                "select count(*), coalesce(sum(raw_size),0) from versions"
+            ).fetchone()
             cpu, wall = time.process_time(), time.perf_counter()
             summary = run_cycle(store, fetcher)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -178,21 +179,29 @@ def main() -> None:
     parse = parse_cost(base_url, ids, args.batch_size)
     here.send(("stop", None))
     child.join(5)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, {platform.platform()}")
-    print(f"trials: {args.trials}, batch size: {args.batch_size}; orjson parse of one cycle's "
-          f"page bodies: {parse:.2f} CPU-s")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {platform.platform()}"
+    )
+    print(
+        f"trials: {args.trials}, batch size: {args.batch_size}; orjson parse of one cycle's "
+        f"page bodies: {parse:.2f} CPU-s"
+    )
     print()
-    print("| cycle | req/trial | CPU s | wall s | peak RSS MB | new versions | "
-          "DB bytes/version (raw) | stored/raw |")
+    print(
+        "| cycle | req/trial | CPU s | wall s | peak RSS MB | new versions | "
+        "DB bytes/version (raw) | stored/raw |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         per = r["db_bytes_per_version"]
         ratio = f"{per / r['raw_bytes_per_version']:.1%}" if per is not None else "—"
         size = f"{per:,.0f} ({r['raw_bytes_per_version']:,.0f})" if per is not None else "—"
-        print(f"| {r['cycle']} | {r['requests_per_trial']:.3f} | {r['cpu_s']:.1f} | "
-              f"{r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['new_versions']} | {size} | "
-              f"{ratio} |")
+        print(
+            f"| {r['cycle']} | {r['requests_per_trial']:.3f} | {r['cpu_s']:.1f} | "
+            f"{r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['new_versions']} | {size} | "
+            f"{ratio} |"
+        )
     unchanged = rows[1]
     print()
     print(f"unchanged cycle CPU / JSON parse CPU: {unchanged['cpu_s'] / parse:.2f}x")
