@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import subprocess
 import sys
@@ -166,3 +168,35 @@ def test_python_dash_m_monitor_is_the_same_program() -> None:
     assert "Watch ClinicalTrials.gov trials" in result.stdout
     for command in ("add", "remove", "list", "check", "changes", "show", "history", "demo"):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.MULTILINE)
+
+
+def _check_stderr(config_file: Path, on_terminal: bool) -> str:
+    """Run `check` in a real process with stderr on a pseudo-terminal or a pipe."""
+    subprocess.run(
+        [sys.executable, "-m", "monitor", "add", "--config", str(config_file), "NCT05935098"],
+        check=True,
+        capture_output=True,
+    )
+    command = [sys.executable, "-m", "monitor", "check", "--config", str(config_file)]
+    if not on_terminal:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60).stderr
+    leader, follower = pty.openpty()
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=follower) as process:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait(timeout=60)
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_check_shows_a_progress_bar_only_on_a_terminal(config_file: Path) -> None:
+    assert "Checking trials" in _check_stderr(config_file, on_terminal=True)
+    assert "Checking trials" not in _check_stderr(config_file, on_terminal=False)
