@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from monitor import app
 from monitor.config import Config, SourceConfig, StorageConfig
@@ -28,6 +29,14 @@ def study(nct_id: str) -> dict[str, Any]:
 def history_versions(nct_id: str) -> list[dict[str, Any]]:
     """The successive recorded versions of one trial, oldest first."""
     return [json.loads(p.read_text()) for p in sorted((HISTORY / nct_id).glob("*.json"))]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Commands configure structlog globally; each test starts from the defaults again."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
