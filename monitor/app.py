@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from monitor import outbox
 from monitor.config import Config
 from monitor.errors import UsageError
 from monitor.fetch import DEFAULT_USER_AGENT, Fetcher
@@ -14,7 +15,10 @@ NCT_ID = re.compile(r"^NCT\d{8}$")
 
 
 def open_store(config: Config) -> Store:
-    return Store(config.database_path, busy_timeout=config.storage.busy_timeout)
+    """The database, with the alert outbox hooked into every record it stores."""
+    store = Store(config.database_path, busy_timeout=config.storage.busy_timeout)
+    outbox.install(store)
+    return store
 
 
 def make_fetcher(config: Config) -> Fetcher:

@@ -361,7 +361,7 @@ def _header(value: str, name: str) -> str:
 class EmailChannel(Channel):
     """Email over SMTP. Target: the recipient address (researcher@example.org).
 
-    Settings ([notify.email]): host, port, security = "starttls" | "tls" | "none",
+    Settings ([smtp]): host, port, security = "starttls" | "tls" | "none",
     username, from, timeout (seconds). The SMTP password comes from the environment or a
     secrets file, never from config text. Each alert is one message with a plain-text and an
     HTML part, links to the record and its history tab, and a List-Unsubscribe header.
@@ -377,16 +377,15 @@ class EmailChannel(Channel):
         self.sender = str(s.get("from") or "")
         self.timeout = float(s.get("timeout", 20))
         if not self.host:
-            raise UsageError("[notify.email] host is required for email alerts")
+            raise UsageError("[smtp] host is required for email alerts")
         if self.security not in SECURITY_MODES:
             raise UsageError(
-                f"[notify.email] security must be one of {', '.join(SECURITY_MODES)}, "
-                f"not {self.security!r}"
+                f"[smtp] security must be one of {', '.join(SECURITY_MODES)}, not {self.security!r}"
             )
-        _check_address(self.sender, "[notify.email] from")
+        _check_address(self.sender, "[smtp] from (in config.toml)")
         if self.username and self.security == "none":
             raise UsageError(
-                '[notify.email] username is set but security = "none" would send the '
+                '[smtp] username is set but security = "none" would send the '
                 "password unencrypted; use starttls or tls"
             )
 

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from monitor.storage import StoredChange, Trial
+from monitor.subscriptions import level_of
 
 REGISTRY = "https://clinicaltrials.gov/study/"
 RECENT_DAYS = 30
@@ -67,6 +68,7 @@ def changes_json(changes: Iterable[StoredChange]) -> str:
                 "new": c.new,
                 "detected_at": c.detected_at,
                 "baseline": c.baseline,
+                "significance": level_of(c),
             }
             for c in changes
         ],
@@ -104,10 +106,11 @@ def changes_table(changes: Sequence[StoredChange]) -> str:
             "added (first seen)" if c.baseline else c.change,
             "" if c.baseline else short(c.old, 30),
             "" if c.baseline else short(c.new, 30),
+            level_of(c),
         )
         for c in changes
     ]
-    return table(rows, ["detected (UTC)", "trial", "field", "change", "old", "new"])
+    return table(rows, ["detected (UTC)", "trial", "field", "change", "old", "new", "level"])
 
 
 def trials_table(trials: Sequence[Trial]) -> str:

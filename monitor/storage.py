@@ -118,6 +118,55 @@ def m001_initial(db: Database) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key")
 
 
+@migrations()
+def m002_alerts(db: Database) -> None:
+    """Subscriptions and the alert outbox (see monitor/outbox.py for the states).
+
+    Significance is not stored on ``changes``: it is computed from the rules table whenever
+    it is needed, so editing :data:`monitor.significance.RULES` re-judges old rows too.
+    """
+    db.table("subscriptions").create(
+        {
+            "id": int,
+            "name": str,
+            "channel": str,
+            "target": str,
+            "secret": str,
+            "trials": str,  # JSON list of NCT ids; null means every watched trial
+            "fields": str,  # JSON list of globs; empty means every field
+            "min_significance": str,
+            "digest": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"name", "channel", "target", "fields", "min_significance", "digest"},
+    )
+    db.table("outbox").create(
+        {
+            "id": int,
+            "subscription_id": int,
+            "nct_id": str,
+            "change_ids": str,  # JSON list of changes.id
+            "key": str,  # this trial's alert: subscription, trial, change ids
+            "batch": str,  # the message it travels in (its own key unless a digest)
+            "state": str,
+            "created_at": str,
+            "due_at": str,
+            "attempts": int,
+            "first_try_at": str,
+            "last_error": str,
+            "sent_at": str,
+        },
+        pk="id",
+        not_null={"subscription_id", "nct_id", "change_ids", "key", "state", "created_at"},
+        defaults={"attempts": 0},
+    )
+    db.table("outbox").create_index(["key"], unique=True)
+    db.table("outbox").create_index(["state", "due_at"])
+    db.table("outbox").create_index(["batch"])
+    db.table("outbox").create_index(["subscription_id", "state"])
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -471,7 +520,11 @@ class Store:
             if rows[0]["version_id"] is None:
                 return False
             gone = Change("identification.nctId", "removed", old=nct_id)
-            self._insert_changes(nct_id, rows[0]["version_id"], cycle_id, [gone], False, stamp)
+            ids = self._insert_changes(
+                nct_id, rows[0]["version_id"], cycle_id, [gone], False, stamp
+            )
+            for hook in self.on_record:
+                hook(self, nct_id, ids, False)
         return True
 
     def rename_trial(self, old_id: str, canonical: str) -> None:

@@ -219,7 +219,7 @@ def test_email_validates_addresses_and_settings() -> None:
         with pytest.raises(UsageError, match="not a valid email address"):
             channel.validate_target(bad)
     channel.validate_target("jane.doe+trials@mail.example.org")
-    with pytest.raises(UsageError, match=r"\[notify.email\] from"):
+    with pytest.raises(UsageError, match=r"\[smtp\] from \(in config.toml\)"):
         email_channel(25, **{"from": "nobody"})
     with pytest.raises(UsageError, match="security must be one of"):
         email_channel(25, security="ssl")

@@ -17,7 +17,9 @@ from monitor.cli.base import Context, clean, cli, with_context
 from monitor.config import Config
 from monitor.cycle import CycleSummary, cycle_lock, run_cycle
 from monitor.errors import MonitorError, UsageError
+from monitor.significance import LEVELS, at_least
 from monitor.storage import Store, utcnow
+from monitor.subscriptions import level_of
 
 
 @cli.command()
@@ -103,13 +105,26 @@ def _progress(total: int) -> Iterator[Callable[[int], None]]:
 @click.argument("ids", nargs=-1)
 @click.option("--since", help="Only changes detected on or after this date (YYYY-MM-DD).")
 @click.option("--field", "field_glob", help="Only fields matching this glob, e.g. 'status.*'.")
+@click.option(
+    "--significance",
+    "minimum",
+    type=click.Choice(LEVELS),
+    help="Only changes at least this significant (major > minor > admin).",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table")
 @with_context
 def changes(
-    ctx: Context, ids: tuple[str, ...], since: str | None, field_glob: str | None, fmt: str
+    ctx: Context,
+    ids: tuple[str, ...],
+    since: str | None,
+    field_glob: str | None,
+    minimum: str | None,
+    fmt: str,
 ) -> None:
     """List recorded changes, oldest first."""
     rows = ctx.store.changes(app.parse_ids(ids) or None, since=_since(since), field_glob=field_glob)
+    if minimum:
+        rows = [r for r in rows if at_least(level_of(r), minimum)]
     if fmt == "json":
         click.echo(render.changes_json(rows))
     elif fmt == "md":
@@ -119,7 +134,7 @@ def changes(
     else:
         click.echo(
             "No changes recorded"
-            + (" matching these filters." if ids or since or field_glob else " yet.")
+            + (" matching these filters." if ids or since or field_glob or minimum else " yet.")
         )
 
 
