@@ -15,9 +15,6 @@ from monitor.standin import StandIn
 from monitor.storage import Store
 from tests.receivers import Receiver, receiver
 
-# apprise imports the stdlib imghdr module, deprecated since Python 3.11; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
-
 TRIAL = "NCT05935098"
 
 

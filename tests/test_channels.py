@@ -41,9 +41,6 @@ from monitor.channels import (
 from monitor.errors import NotifyError, UsageError
 from monitor.model import Change
 
-# apprise imports the stdlib imghdr module, deprecated since Python 3.11; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
-
 SECRET = "whsec-test-0123456789"
 DETECTED = datetime(2026, 5, 12, 7, 22, 31, tzinfo=UTC)
 

@@ -200,3 +200,12 @@ def _check_stderr(config_file: Path, on_terminal: bool) -> str:
 def test_check_shows_a_progress_bar_only_on_a_terminal(config_file: Path) -> None:
     assert "Checking trials" in _check_stderr(config_file, on_terminal=True)
     assert "Checking trials" not in _check_stderr(config_file, on_terminal=False)
+
+
+def test_notify_channels_prints_each_channel_docstring_as_help() -> None:
+    from monitor.channels import CHANNELS
+
+    output = CliRunner().invoke(cli, ["notify", "channels"]).output
+    for kind, channel in CHANNELS.items():
+        assert f"{kind}\n" in output
+        assert (channel.__doc__ or "").strip().splitlines()[0] in output

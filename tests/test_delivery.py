@@ -26,9 +26,6 @@ from monitor.storage import Store, utcnow
 from monitor.subscriptions import Subscription, subscribe
 from tests.receivers import Receiver, SmtpServer, alert_config, receiver, smtp_server
 
-# apprise imports the stdlib imghdr module, deprecated since Python 3.11; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
-
 TRIAL = "NCT05935098"  # next recorded version: ACTIVE_NOT_RECRUITING → TERMINATED, and more
 OTHER = "NCT05414032"  # next recorded version: new arm, enrollment, dates
 

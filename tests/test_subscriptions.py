@@ -13,9 +13,6 @@ from monitor.storage import Store, utcnow
 from monitor.subscriptions import check_globs, get, subscribe, subscriptions, unsubscribe
 from tests.receivers import alert_config
 
-# apprise imports the stdlib imghdr module, deprecated since Python 3.11; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
-
 TRIAL = "NCT05935098"
 
 

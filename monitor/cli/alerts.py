@@ -7,7 +7,7 @@ import json
 import click
 
 from monitor import app, outbox, render
-from monitor.channels import sample_alert
+from monitor.channels import channel_help, sample_alert
 from monitor.cli.base import Context, cli, with_context
 from monitor.delivery import deliver_due, send_alert
 from monitor.errors import UsageError
@@ -145,6 +145,13 @@ def notify_test(ctx: Context, subscription_id: int) -> None:
     sub = get(ctx.store, subscription_id)
     send_alert(sub, ctx.config, sample_alert(sub.name))
     click.echo(f"Sent a test alert to {sub.shown_target()}.")
+
+
+@notify.command(name="channels")
+def notify_channels() -> None:
+    """Describe every alert channel and the targets it takes."""
+    for kind, text in channel_help().items():
+        click.echo(f"{kind}\n" + "\n".join(f"    {line}" for line in text.splitlines()) + "\n")
 
 
 @notify.command(name="deliver")
