@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from monitor import outbox
 from monitor.config import Config
@@ -21,7 +22,8 @@ def open_store(config: Config) -> Store:
     return store
 
 
-def make_fetcher(config: Config) -> Fetcher:
+def make_fetcher(config: Config, sleep: Callable[[float], None] = time.sleep) -> Fetcher:
+    """The fetcher for ``[source]``; the daemon passes a sleep that shutdown interrupts."""
     src = config.source
     return Fetcher(
         src.base_url,
@@ -32,6 +34,7 @@ def make_fetcher(config: Config) -> Fetcher:
         max_attempts=src.max_attempts,
         backoff_initial=src.backoff_initial,
         backoff_max=src.backoff_max,
+        sleep=sleep,
     )
 
 

@@ -101,6 +101,7 @@ def run_cycle(
     summary = CycleSummary(cycle_id=store.start_cycle(len(wanted), clock()), trials=len(wanted))
     requests_before = fetcher.requests
     log.info("cycle.start", cycle=summary.cycle_id, trials=len(wanted), pid=os.getpid())
+    status = "done"
     try:
         for batch in fetcher.iter_batches(wanted):
             unchanged: list[str] = []
@@ -130,13 +131,17 @@ def run_cycle(
             if summary.stopped or should_stop():
                 summary.stopped = True
                 break
+    except BaseException:
+        # Unwound by a stop request (the daemon's interrupted sleep) or by a crash.
+        status = "stopped" if should_stop() else "interrupted"
+        raise
     finally:
         summary.requests = fetcher.requests - requests_before
         summary.seconds = time.monotonic() - started
         store.finish_cycle(
             summary.cycle_id,
             clock(),
-            status="stopped" if summary.stopped else "done",
+            status="stopped" if summary.stopped else status,
             checked=summary.checked,
             changed=summary.changed,
             failed=summary.failed,

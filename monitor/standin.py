@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -106,6 +107,11 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, standin: StandIn) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.standin = standin
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished mid-answer (a killed daemon) is routine, not a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -3,10 +3,10 @@
 Each module registers the commands of one area on the shared group in ``base``.
 """
 
-from monitor.cli import alerts, core
+from monitor.cli import alerts, core, service
 from monitor.cli.base import cli
 
-__all__ = ["alerts", "cli", "core", "main"]
+__all__ = ["alerts", "cli", "core", "main", "service"]
 
 
 def main() -> None:
