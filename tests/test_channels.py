@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import re
-import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from apprise.plugins.custom_json import NotifyJSON
 from structlog.testing import capture_logs
 
@@ -40,6 +33,8 @@ from monitor.channels import (
 )
 from monitor.errors import NotifyError, UsageError
 from monitor.model import Change
+from tests import receivers
+from tests.receivers import Mailbox, Receiver, free_port, smtp_server
 
 SECRET = "whsec-test-0123456789"
 DETECTED = datetime(2026, 5, 12, 7, 22, 31, tzinfo=UTC)
@@ -66,77 +61,16 @@ def make_alert(extra: int = 2, **overrides: Any) -> Alert:
     return Alert(**fields)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# --------------------------------------------------------------------------- servers
-
-
-class StoreHandler:
-    """aiosmtpd handler that keeps every message and refuses one recipient."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: Any
-    ) -> str:
-        if address.startswith("gone@"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        self.messages.append(msg)
-        return "250 Message accepted"
-
-
 @pytest.fixture
-def smtp() -> Iterator[tuple[StoreHandler, int]]:
-    handler = StoreHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield handler, controller.port
-    finally:
-        controller.stop()
-
-
-class Receiver(ThreadingHTTPServer):
-    status = 200
-    requests: list[tuple[str, dict[str, str], bytes]]
-
-
-class RecordingHandler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.requests.append((self.path, dict(self.headers.items()), body))
-        self.send_response(self.server.status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output quiet."""
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    with smtp_server() as server:
+        yield server.mailbox, server.port
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver(("127.0.0.1", 0), RecordingHandler)
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with receivers.receiver() as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def email_channel(
@@ -155,7 +89,7 @@ def email_channel(
 # --------------------------------------------------------------------------- email
 
 
-def test_email_delivers_both_parts_with_headers(smtp: tuple[StoreHandler, int]) -> None:
+def test_email_delivers_both_parts_with_headers(smtp: tuple[Mailbox, int]) -> None:
     handler, port = smtp
     with capture_logs() as logs:
         email_channel(port).send(make_alert())
@@ -185,7 +119,7 @@ def test_email_delivers_both_parts_with_headers(smtp: tuple[StoreHandler, int]) 
 
 
 @pytest.mark.parametrize("name", ["watch\r\nBcc: victim@example.org", "watch\nX: y", "watch\r"])
-def test_email_refuses_header_injection(smtp: tuple[StoreHandler, int], name: str) -> None:
+def test_email_refuses_header_injection(smtp: tuple[Mailbox, int], name: str) -> None:
     handler, port = smtp
     with pytest.raises(NotifyError, match="CR/LF") as info:
         email_channel(port).send(make_alert(subscription_name=name))
@@ -199,7 +133,7 @@ def test_email_message_id_from_unsafe_key_is_hashed() -> None:
     assert re.fullmatch(r"<[0-9a-f]{64}@trial-monitor>", msg["Message-ID"])
 
 
-def test_email_subject_never_carries_line_breaks(smtp: tuple[StoreHandler, int]) -> None:
+def test_email_subject_never_carries_line_breaks(smtp: tuple[Mailbox, int]) -> None:
     handler, port = smtp
     change = Change(
         "status.overallStatus", "changed", "RECRUITING", "SUSPENDED\r\nBcc: x@example.org"
@@ -227,14 +161,14 @@ def test_email_will_not_send_a_password_in_clear() -> None:
         email_channel(25, username="alerts")
 
 
-def test_email_refused_recipient_is_permanent(smtp: tuple[StoreHandler, int]) -> None:
+def test_email_refused_recipient_is_permanent(smtp: tuple[Mailbox, int]) -> None:
     _, port = smtp
     with pytest.raises(DeliveryError) as info:
         email_channel(port, target="gone@example.org").send(make_alert())
     assert info.value.permanent
 
 
-def test_email_starttls_unsupported_is_permanent(smtp: tuple[StoreHandler, int]) -> None:
+def test_email_starttls_unsupported_is_permanent(smtp: tuple[Mailbox, int]) -> None:
     _, port = smtp
     with pytest.raises(DeliveryError, match="STARTTLS") as info:
         email_channel(port, security="starttls").send(make_alert())

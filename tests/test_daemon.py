@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from monitor.errors import LockedError
 from monitor.fetch import Fetcher
 from monitor.standin import StandIn
 from monitor.storage import Store
+from monitor.subscriptions import subscribe
+from tests.receivers import alert_config, receiver
 
 START = datetime(2026, 9, 1, 6, 0, tzinfo=UTC)
 
@@ -511,3 +514,33 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "1"}) is None
     mine = {"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())}
     assert watchdog_interval(mine) == 2.0
+
+
+def test_the_delivery_job_sends_once_what_the_poll_job_recorded(
+    cfg: Config, store: Store, api: StandIn, clock: FakeClock
+) -> None:
+    config = alert_config(cfg)
+    with receiver() as hook:
+        subscribe(
+            store,
+            config,
+            channel="webhook",
+            target=f"{hook.url}/alerts",
+            trials=["NCT05935098"],
+            now=clock(),
+        )
+        daemon = Daemon(config, clock=clock)
+        daemon.run_job()
+        daemon.deliver_job()
+        assert hook.requests == []  # the baseline never alerts
+        clock.advance(hours=1)
+        for nct_id in api.ids()[:10]:
+            api.advance(nct_id)
+        api.data_timestamp = "2026-09-02T09:00:00"
+        daemon.run_job()
+        daemon.deliver_job()
+        daemon.deliver_job()
+    assert [json.loads(r.body)["trial"]["nct_id"] for r in hook.requests] == ["NCT05935098"]
+    for opened in (daemon.store, daemon._delivery_store):
+        assert opened is not None
+        opened.close()

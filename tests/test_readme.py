@@ -62,8 +62,10 @@ def test_every_trial_monitor_example_in_the_readme_runs(
     runner = CliRunner(env={"TRIAL_MONITOR_CONFIG": str(config)})
     for line in examples:
         args = shlex.split(line, comments=True)[1:]
+        documented = re.search(r"\(exit (\d+):", line)
         result = runner.invoke(cli, args)
-        assert result.exit_code == 0, f"{line}\n{result.output}"
+        expected = int(documented.group(1)) if documented else 0
+        assert result.exit_code == expected, f"{line}\n{result.output}"
 
 
 def test_the_readme_webhook_receiver_accepts_a_real_signature_once() -> None:
