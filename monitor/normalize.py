@@ -242,8 +242,9 @@ def normalize(study: dict[str, Any]) -> Snapshot:
 def content_hash(study: dict[str, Any]) -> str:
     """A hash of the record's content that ignores key order and the daily versionHolder.
 
-    Cheap enough for every trial on every cycle: one orjson serialisation plus blake2b; the
-    caller's dict is never modified (only the path down to versionHolder is copied).
+    Cheap enough for every trial on every cycle: one orjson serialisation plus SHA-256 (half
+    the cost of blake2b on CPUs with SHA instructions); the caller's dict is never modified
+    (only the path down to versionHolder is copied).
     """
     body = study
     derived: Any = study.get("derivedSection")
@@ -252,7 +253,7 @@ def content_hash(study: dict[str, Any]) -> str:
         misc = {k: v for k, v in misc.items() if k != "versionHolder"}
         body = {**study, "derivedSection": {**derived, "miscInfoModule": misc}}
     data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def _model_paths(nodes: list[dict[str, Any]], path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
