@@ -25,6 +25,7 @@ import structlog
 
 from monitor import __version__
 from monitor.errors import BadRequest, FetchError, NotFound
+from monitor.normalize import record_ids
 
 DEFAULT_USER_AGENT = f"trial-monitor/{__version__} (+https://github.com/trial-monitor)"
 MAX_PAGE_SIZE = 1000
@@ -66,16 +67,10 @@ class Batch:
 def _record_ids(study: Any) -> list[str]:
     """The nctId and nctIdAliases of a study, upper-cased; raises _BadBody without an nctId."""
     try:
-        ident = study["protocolSection"]["identificationModule"]
-        nct_id = ident["nctId"]
-    except (KeyError, TypeError) as exc:
-        raise _BadBody("study without protocolSection.identificationModule.nctId") from exc
-    if not isinstance(nct_id, str):
-        raise _BadBody("study with a non-string nctId")
-    aliases = ident.get("nctIdAliases") or []
-    if not isinstance(aliases, list):
-        aliases = []
-    return [nct_id.upper(), *(a.upper() for a in aliases if isinstance(a, str))]
+        nct_id, aliases = record_ids(study)
+    except FetchError as exc:
+        raise _BadBody(str(exc)) from exc
+    return [nct_id.upper(), *(a.upper() for a in aliases)]
 
 
 def _parse_json(body: bytes) -> Any:

@@ -213,13 +213,22 @@ def _walk(node: dict[str, Any], group: str, path: tuple[str, ...], snap: Snapsho
             snap.fields[_name(group, sub)] = _canon(value)
 
 
+def record_ids(study: Any) -> tuple[str, list[str]]:
+    """A record's nctId and nctIdAliases; a record without a string nctId is unusable."""
+    try:
+        ident = study["protocolSection"]["identificationModule"]
+        nct_id = ident["nctId"]
+    except (KeyError, TypeError) as exc:
+        raise FetchError("study record without protocolSection.identificationModule.nctId") from exc
+    if not isinstance(nct_id, str):
+        raise FetchError(f"study record has a non-string nctId: {nct_id!r}")
+    aliases = ident.get("nctIdAliases") or []
+    return nct_id, [a for a in aliases if isinstance(a, str)] if isinstance(aliases, list) else []
+
+
 def normalize(study: dict[str, Any]) -> Snapshot:
     """Turn a full study record into a snapshot of named fields and identified items."""
-    try:
-        nct_id = study["protocolSection"]["identificationModule"]["nctId"]
-    except (KeyError, TypeError) as exc:
-        raise FetchError("study record has no protocolSection.identificationModule.nctId") from exc
-    snap = Snapshot(nct_id=nct_id)
+    snap = Snapshot(nct_id=record_ids(study)[0])
     for section, body in study.items():
         if section == "hasResults":
             snap.fields["results.hasResults"] = body

@@ -31,6 +31,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from monitor.errors import FetchError
+from monitor.normalize import record_ids
+
 PathKind = Literal["list", "single", "version"]
 FaultAction = Literal["respond", "truncate", "drop", "delay"]
 
@@ -132,16 +135,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _study_ids(study: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """Return a record's nctId and its nctIdAliases, refusing a record without an nctId."""
+    """A record's nctId and nctIdAliases; a record without an nctId cannot be served."""
     try:
-        ident = study["protocolSection"]["identificationModule"]
-        nct_id = ident["nctId"]
-    except (KeyError, TypeError) as exc:
-        raise ValueError("study has no protocolSection.identificationModule.nctId") from exc
-    if not isinstance(nct_id, str):
-        raise ValueError(f"nctId must be a string, got {nct_id!r}")
-    aliases = [a for a in ident.get("nctIdAliases") or [] if isinstance(a, str)]
-    return nct_id, aliases
+        return record_ids(study)
+    except FetchError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _encode_token(offset: int) -> str:

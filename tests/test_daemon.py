@@ -30,7 +30,6 @@ from monitor.daemon import (
     poll,
     watchdog_interval,
 )
-from monitor.demo import HISTORY
 from monitor.errors import LockedError
 from monitor.fetch import Fetcher
 from monitor.standin import StandIn
@@ -52,13 +51,6 @@ class FakeClock:
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
-
-
-@pytest.fixture
-def api() -> Iterator[StandIn]:
-    with StandIn() as standin:
-        standin.load_history(HISTORY)
-        yield standin
 
 
 @pytest.fixture

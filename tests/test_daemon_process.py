@@ -16,13 +16,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from monitor.demo import HISTORY
 from monitor.standin import StandIn
 from monitor.storage import Store, utcnow
 
@@ -42,13 +40,6 @@ def _load_harness() -> ModuleType:
 
 
 harness = _load_harness()
-
-
-@pytest.fixture
-def api() -> Iterator[StandIn]:
-    with StandIn() as standin:
-        standin.load_history(HISTORY)
-        yield standin
 
 
 @pytest.fixture
