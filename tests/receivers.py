@@ -99,6 +99,8 @@ class Receiver(ThreadingHTTPServer):
         self.statuses: list[int] = []
         self.status = 200
         self.hang = 0.0
+        #: When set, a request is recorded and then held unanswered until the event is set.
+        self.hold: threading.Event | None = None
 
     @property
     def url(self) -> str:
@@ -117,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.server.hang)
             return
         self.server.requests.append(Request(self.path, dict(self.headers.items()), body))
+        if self.server.hold is not None:
+            self.server.hold.wait(30)
         status = self.server.statuses.pop(0) if self.server.statuses else self.server.status
         self.send_response(status)
         self.send_header("Content-Length", "0")
