@@ -36,7 +36,7 @@ import structlog
 from monitor import __version__
 from monitor.errors import NotifyError, UsageError
 from monitor.model import Change
-from monitor.significance import rank, significance
+from monitor.significance import news_order, significance
 from monitor.wording import describe, headline, shorten
 
 log = structlog.get_logger(__name__)
@@ -45,10 +45,9 @@ STUDY_URL: Final = "https://clinicaltrials.gov/study/{nct_id}"
 USER_AGENT: Final = f"trial-monitor/{__version__}"
 PRIVATE_SETTING: Final = "[notify] allow_private_targets"
 _NCT_ID: Final = re.compile(r"NCT\d{8}")
+
+
 #: Among equally significant changes these lead, so a subject line opens with the status.
-_LEAD_FIELDS: Final = ("status.overallStatus", "results.hasResults", "status.whyStopped")
-
-
 class DeliveryError(NotifyError):
     """A send failed; ``permanent`` says whether retrying the same alert can ever help."""
 
@@ -96,12 +95,7 @@ class Alert:
     def ordered(self) -> list[AlertChange]:
         """Most significant first, status before other fields; otherwise detection order."""
 
-        def key(c: AlertChange) -> tuple[int, int]:
-            field = c.change.field
-            lead = _LEAD_FIELDS.index(field) if field in _LEAD_FIELDS else len(_LEAD_FIELDS)
-            return -rank(c.significance), lead
-
-        return sorted(self.changes, key=key)
+        return sorted(self.changes, key=lambda c: news_order(c.change.field, c.significance))
 
     def summary(self) -> str:
         """Subject line: "NCT…: status RECRUITING → SUSPENDED (+2 more changes)"."""

@@ -46,7 +46,8 @@ def run_demo(echo: Callable[[str], None], workdir: Path | None = None) -> None:
                 echo(f"Cycle {cycle} (next recorded versions): {run_cycle(store, fetcher).line()}")
             found = [c for c in store.changes() if not c.baseline]
             echo(f"\nChanges found after the baseline ({len(found)}):\n")
-            echo(render.changes_md(found))
+            titles = {t.nct_id: t.title for t in store.trials()}
+            echo(render.changes_md(found, titles))
             trial = store.trial(FEATURED)
             if trial is not None and trial.version_id is not None:
                 echo("\n" + "=" * 72 + "\n")

@@ -7,14 +7,17 @@ eligibility, arms, interventions, outcomes, locations, then "Recent Field Change
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from itertools import groupby
 from typing import Any
 
 import orjson
 
+from monitor.significance import news_order
 from monitor.storage import StoredChange, Trial
-from monitor.subscriptions import level_of
+from monitor.subscriptions import as_change, level_of
+from monitor.wording import describe
 
 REGISTRY = "https://clinicaltrials.gov/study/"
 RECENT_DAYS = 30
@@ -77,15 +80,30 @@ def changes_json(changes: Iterable[StoredChange]) -> str:
     )
 
 
-def changes_md(changes: Sequence[StoredChange]) -> str:
-    lines: list[str] = []
-    current = None
-    for c in changes:
-        if c.nct_id != current:
-            current = c.nct_id
-            lines.append(f"{'' if not lines else chr(10)}### {c.nct_id}\n")
-        lines.append(change_line(c))
-    return "\n".join(lines)
+def changes_md(
+    changes: Sequence[StoredChange], titles: Mapping[str, str | None] | None = None
+) -> str:
+    """Changes as a person reads them: one section per trial and detection, news first.
+
+    Major and minor changes are worded one per line, most significant first; bookkeeping
+    (admin) changes are folded into one closing line so they never bury the news.
+    """
+    out: list[str] = []
+    for (nct_id, detected_at), rows in groupby(changes, key=lambda c: (c.nct_id, c.detected_at)):
+        group = list(rows)
+        title = (titles or {}).get(nct_id)
+        out.append(f"### {nct_id}{' — ' + title if title else ''} _({detected_at[:10]})_\n")
+        if all(c.baseline for c in group):
+            out += [f"- first seen: {len(group)} fields recorded as the baseline", ""]
+            continue
+        ranked = sorted(group, key=lambda c: news_order(c.field, level_of(c)))
+        news = [c for c in ranked if level_of(c) != "admin"]
+        out += [f"- **{level_of(c)}** {describe(as_change(c))}" for c in news]
+        admin = [short(describe(as_change(c)), 90) for c in ranked if level_of(c) == "admin"]
+        if admin:
+            out.append("- _bookkeeping:_ " + "; ".join(admin))
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -105,3 +105,13 @@ def rank(sig: str) -> int:
 def at_least(sig: str, minimum: str) -> bool:
     """True when ``sig`` clears a subscription's ``minimum`` level."""
     return rank(sig) >= rank(minimum)
+
+
+#: Within one level, these lead the list: the news a reader looks for first.
+LEAD_FIELDS: Final = ("status.overallStatus", "results.hasResults", "status.whyStopped")
+
+
+def news_order(field: str, level: str) -> tuple[int, int]:
+    """Sort key for showing changes: most significant first, then the lead fields."""
+    lead = LEAD_FIELDS.index(field) if field in LEAD_FIELDS else len(LEAD_FIELDS)
+    return -rank(level), lead

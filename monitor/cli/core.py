@@ -128,7 +128,8 @@ def changes(
     if fmt == "json":
         click.echo(render.changes_json(rows))
     elif fmt == "md":
-        click.echo(render.changes_md(rows))
+        titles = {t.nct_id: t.title for t in ctx.store.trials()}
+        click.echo(render.changes_md(rows, titles))
     elif rows:
         click.echo(render.changes_table(rows))
     else:
