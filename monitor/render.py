@@ -248,6 +248,10 @@ def trial_page(
         ]
     since = (now - timedelta(days=RECENT_DAYS)).strftime("%Y-%m-%dT%H:%M:%SZ")
     recent = [c for c in changes if c.detected_at >= since]
+    # Newest news first; the first-seen baseline and bookkeeping go last, so they never bury it.
+    recent.sort(key=lambda c: news_order(c.field, level_of(c)))
+    recent.sort(key=lambda c: c.detected_at, reverse=True)
+    recent.sort(key=lambda c: c.baseline)
     out += ["", f"## Recent Field Changes (last {RECENT_DAYS} days)", ""]
     out += [change_line(c) for c in recent] or ["_No changes recorded in this window._"]
     out += [

@@ -112,6 +112,11 @@ def test_show_renders_the_seed_style_page_with_recent_field_changes(
         page,
         re.MULTILINE,
     )
+    recent = page.split("## Recent Field Changes (last 30 days)\n\n", 1)[1].splitlines()
+    assert recent[0].startswith("- `status.overallStatus` — changed:")
+    baseline = [bool(re.search(r"— added _\(\d{4}-\d\d-\d\d\)_$", line)) for line in recent]
+    first_baseline = baseline.index(True)
+    assert all("changed:" not in line for line in recent[first_baseline:])
     as_json = json.loads(run(config_file, "show", "NCT05935098", "--format", "json").output)
     assert as_json["record"]["protocolSection"]["statusModule"]["overallStatus"] == "TERMINATED"
 
