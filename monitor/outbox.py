@@ -246,8 +246,3 @@ def counts(store: Store) -> dict[str, int]:
         for r in store.db.query("select state, count(*) as n from outbox group by state")
     }
     return {state: found.get(state, 0) for state in STATES}
-
-
-def failed_count(store: Store) -> int:
-    """Alerts given up on; ``outbox --failed`` lists them."""
-    return counts(store)["failed"]

@@ -311,12 +311,6 @@ class Store:
         found = self.trials([nct_id])
         return found[0] if found else None
 
-    def current_hashes(self) -> dict[str, str | None]:
-        return {
-            r["nct_id"]: r["content_hash"]
-            for r in self.db.query("select nct_id, content_hash from trials")
-        }
-
     # -- versions -----------------------------------------------------------------------
 
     def version_raw(self, version_id: int) -> bytes:
@@ -324,7 +318,7 @@ class Store:
         return self._load(version_id)
 
     def version_study(self, version_id: int) -> dict[str, Any]:
-        study: dict[str, Any] = orjson.loads(self._load(version_id))
+        study: dict[str, Any] = orjson.loads(self.version_raw(version_id))
         return study
 
     def _load_uncached(self, version_id: int) -> bytes:

@@ -194,7 +194,7 @@ def test_retries_end_in_failed_after_retry_for(
             assert passes < 20
     rows = _rows(store)
     assert {r["state"] for r in rows} == {"failed"}
-    assert outbox.failed_count(store) == 2
+    assert outbox.counts(store)["failed"] == 2
     attempts = sorted(r["attempts"] for r in rows)
     assert attempts[-1] >= 6  # 30 s, 1 min, 2 min, … up to the one-hour deadline
     assert all(r["last_error"].endswith("HTTP 500") for r in rows)

@@ -198,7 +198,7 @@ def test_digest_slot(acfg: Config, digest: str, now: datetime, slot: datetime) -
 
 def test_counts_cover_every_state(store: Store) -> None:
     assert outbox.counts(store) == dict.fromkeys(outbox.STATES, 0)
-    assert outbox.failed_count(store) == 0
+    assert outbox.counts(store)["failed"] == 0
 
 
 def test_a_database_from_before_alerts_upgrades_with_its_data(
