@@ -185,7 +185,7 @@ def _record(
     is_baseline = trial.version_id is None
     changes: list[Change] = []
     if trial.version_id is not None:
-        changes = diff(normalize(store.version_study(trial.version_id)), normalize(study))
+        changes = diff(store.snapshot(trial.version_id), normalize(study))
         if trial.state == "not_found":
             changes = [Change("identification.nctId", "added", new=canonical), *changes]
     status = study["protocolSection"].get("statusModule", {})

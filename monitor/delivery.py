@@ -31,9 +31,8 @@ from monitor import outbox
 from monitor.channels import Alert, AlertChange, DeliveryError, alert_change
 from monitor.config import Config
 from monitor.errors import MonitorError
-from monitor.normalize import normalize
-from monitor.storage import Store, StoredChange, utcnow
-from monitor.subscriptions import Subscription, as_change, channel_for, get
+from monitor.storage import Store, utcnow
+from monitor.subscriptions import Subscription, as_change, channel_for, context_of, get
 
 log = structlog.get_logger(__name__)
 
@@ -192,14 +191,11 @@ def build_alert(store: Store, sub: Subscription, rows: list[dict[str, Any]]) -> 
     A digest travels as one Alert (channels send one per message): it is filed under its
     first trial, and each line names its trial.
     """
-    contexts: dict[int, dict[str, Any]] = {}
     changes: list[AlertChange] = []
     digest = sub.digest != "immediate"
     for row in rows:
         for stored in outbox.load_changes(store, _ids(row)):
-            line = alert_change(
-                as_change(stored), stored.detected_at, _context(store, stored, contexts)
-            )
+            line = alert_change(as_change(stored), stored.detected_at, context_of(store, stored))
             if digest:
                 line = line._replace(text=f"{stored.nct_id}: {line.text}")
             changes.append(line)
@@ -226,15 +222,3 @@ def build_alert(store: Store, sub: Subscription, rows: list[dict[str, Any]]) -> 
 
 def _ids(row: Mapping[str, Any]) -> list[int]:
     return [int(i) for i in orjson.loads(row["change_ids"])]
-
-
-def _context(
-    store: Store, stored: StoredChange, cache: dict[int, dict[str, Any]]
-) -> dict[str, Any]:
-    """The trial's fields as of the version the change arrived with, for the wording."""
-    if stored.version_id is None:
-        return {}
-    if stored.version_id not in cache:
-        snap = normalize(store.version_study(stored.version_id))
-        cache[stored.version_id] = {**snap.items, **snap.fields}
-    return cache[stored.version_id]

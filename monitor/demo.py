@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from monitor import app, render
@@ -16,6 +17,7 @@ from monitor.config import Config, SourceConfig, StorageConfig
 from monitor.cycle import run_cycle
 from monitor.standin import StandIn
 from monitor.storage import utcnow
+from monitor.subscriptions import context_of
 
 HISTORY = Path(__file__).parent / "demo_data" / "history"
 #: The trial whose page is printed: it was terminated between two recorded versions.
@@ -47,7 +49,7 @@ def run_demo(echo: Callable[[str], None], workdir: Path | None = None) -> None:
             found = [c for c in store.changes() if not c.baseline]
             echo(f"\nChanges found after the baseline ({len(found)}):\n")
             titles = {t.nct_id: t.title for t in store.trials()}
-            echo(render.changes_md(found, titles))
+            echo(render.changes_md(found, titles, partial(context_of, store)))
             trial = store.trial(FEATURED)
             if trial is not None and trial.version_id is not None:
                 echo("\n" + "=" * 72 + "\n")

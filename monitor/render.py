@@ -7,7 +7,7 @@ eligibility, arms, interventions, outcomes, locations, then "Recent Field Change
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import groupby
 from typing import Any
@@ -81,7 +81,9 @@ def changes_json(changes: Iterable[StoredChange]) -> str:
 
 
 def changes_md(
-    changes: Sequence[StoredChange], titles: Mapping[str, str | None] | None = None
+    changes: Sequence[StoredChange],
+    titles: Mapping[str, str | None] | None = None,
+    context: Callable[[StoredChange], Mapping[str, Any]] | None = None,
 ) -> str:
     """Changes as a person reads them: one section per trial and detection, news first.
 
@@ -98,8 +100,12 @@ def changes_md(
             continue
         ranked = sorted(group, key=lambda c: news_order(c.field, level_of(c)))
         news = [c for c in ranked if level_of(c) != "admin"]
-        out += [f"- **{level_of(c)}** {describe(as_change(c))}" for c in news]
-        admin = [short(describe(as_change(c)), 90) for c in ranked if level_of(c) == "admin"]
+
+        def words(c: StoredChange) -> str:
+            return describe(as_change(c), context(c) if context else None)
+
+        out += [f"- **{level_of(c)}** {words(c)}" for c in news]
+        admin = [short(words(c), 90) for c in ranked if level_of(c) == "admin"]
         if admin:
             out.append("- _bookkeeping:_ " + "; ".join(admin))
         out.append("")

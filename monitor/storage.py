@@ -33,7 +33,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from monitor.errors import StorageError
-from monitor.model import Change
+from monitor.model import Change, Snapshot
 
 KEYFRAME = 16
 LEVEL = 9
@@ -258,6 +258,7 @@ class Store:
                 "[storage] database is writable and is a trial-monitor database."
             ) from None
         self._load = lru_cache(maxsize=64)(self._load_uncached)
+        self.snapshot = lru_cache(maxsize=64)(self._snapshot_uncached)
         self.on_record: list[RecordHook] = []
 
     def close(self) -> None:
@@ -320,6 +321,12 @@ class Store:
     def version_study(self, version_id: int) -> dict[str, Any]:
         study: dict[str, Any] = orjson.loads(self.version_raw(version_id))
         return study
+
+    def _snapshot_uncached(self, version_id: int) -> Snapshot:
+        """A stored version as named fields (cached: callers must not modify it)."""
+        from monitor.normalize import normalize
+
+        return normalize(self.version_study(version_id))
 
     def _load_uncached(self, version_id: int) -> bytes:
         row = self._version_row(version_id)
@@ -569,7 +576,6 @@ class Store:
     def _expand(self, row: dict[str, Any]) -> list[StoredChange]:
         """A stored row as change entries; a baseline marker becomes one entry per field."""
         from monitor.diff import baseline
-        from monitor.normalize import normalize
 
         common = {
             "id": row["id"],
@@ -588,7 +594,7 @@ class Store:
                     baseline=False,
                 )
             ]
-        snapshot = normalize(self.version_study(int(row["version_id"])))
+        snapshot = self.snapshot(int(row["version_id"]))
         return [
             StoredChange(
                 **common, field=c.field, change="added", old=None, new=c.new, baseline=True

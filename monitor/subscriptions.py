@@ -92,6 +92,14 @@ def as_change(stored: StoredChange) -> Change:
     return Change(stored.field, cast(ChangeKind, stored.change), stored.old, stored.new)
 
 
+def context_of(store: Store, stored: StoredChange) -> dict[str, Any]:
+    """The trial's fields as of the version a change arrived with, for its wording."""
+    if stored.version_id is None:
+        return {}
+    snap = store.snapshot(stored.version_id)
+    return {**snap.items, **snap.fields}
+
+
 def level_of(stored: StoredChange) -> Significance:
     """The significance of a stored change, judged now from the rules table."""
     return significance(as_change(stored))

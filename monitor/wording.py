@@ -259,7 +259,8 @@ def _describe_item(change: Change, prefix: str, key: str, context: Mapping[str, 
     if change.change == "removed":
         return f"{noun} removed: {_member_summary(prefix, key, change.old)}"
     parts = _name_parts(prefix, key, _current_member(change.field, context))
-    name = shorten(", ".join(parts[:2]), 60) + (ELLIPSIS if len(parts) > 2 else "")
+    # The whole address: "Research Site, Duarte" alone names one of many "Research Site"s.
+    name = shorten(", ".join(parts), 80)
     old, new = change.old, change.new
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return f"{noun} {name}: {format_value(old)} {ARROW} {format_value(new)}"

@@ -19,7 +19,7 @@ def test_the_demo_finds_the_recorded_changes_and_prints_a_trial_page(tmp_path: P
     section = out[out.index("### NCT05935098") : out.index("### NCT06330064")]
     lines = [line for line in section.splitlines() if line.startswith("- ")]
     assert lines[0] == "- **major** Overall status: ACTIVE_NOT_RECRUITING → TERMINATED"
-    assert "- **major** Enrollment: 263 → 99" in lines
+    assert "- **major** Enrollment: 263 → 99 (ACTUAL)" in lines
     assert lines[-1].startswith("- _bookkeeping:_ Last update posted: 2025-06-25 → 2026-03-13")
     assert "### NCT05289492" not in out  # its only refetch changed nothing but versionHolder
     assert "## Recent Field Changes (last 30 days)" in out

@@ -91,7 +91,9 @@ def test_enrollment_takes_type_from_context() -> None:
 
 def test_site_change_names_the_site() -> None:
     change = Change(SITE, "changed", {"status": "RECRUITING"}, {"status": "COMPLETED"})
-    expected = "Site Mayo Clinic, Rochester…: status RECRUITING → COMPLETED"
+    expected = (
+        "Site Mayo Clinic, Rochester, Minnesota, United States: status RECRUITING → COMPLETED"
+    )
     assert describe(change, {SITE: [LOCATION]}) == expected
     # Without the member at hand the lower-cased key still names it.
     assert describe(change) == expected
@@ -100,7 +102,8 @@ def test_site_change_names_the_site() -> None:
 def test_geocoding_reads_without_reprs() -> None:
     change = Change(SITE, "changed", {"geoPoint": {"lat": 1.5, "lon": 2}}, {"geoPoint": None})
     text = describe(change)
-    assert text == "Site Mayo Clinic, Rochester…: geo point lat 1.5, lon 2 → (none)"
+    site = "Site Mayo Clinic, Rochester, Minnesota, United States"
+    assert text == f"{site}: geo point lat 1.5, lon 2 → (none)"
     assert "{" not in text
     assert "None" not in text
 

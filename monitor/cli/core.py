@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from monitor.cycle import CycleSummary, cycle_lock, run_cycle
 from monitor.errors import MonitorError, UsageError
 from monitor.significance import LEVELS, at_least
 from monitor.storage import Store, utcnow
-from monitor.subscriptions import level_of
+from monitor.subscriptions import context_of, level_of
 
 
 @cli.command()
@@ -129,7 +130,7 @@ def changes(
         click.echo(render.changes_json(rows))
     elif fmt == "md":
         titles = {t.nct_id: t.title for t in ctx.store.trials()}
-        click.echo(render.changes_md(rows, titles))
+        click.echo(render.changes_md(rows, titles, partial(context_of, ctx.store)))
     elif rows:
         click.echo(render.changes_table(rows))
     else:
