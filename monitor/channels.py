@@ -79,6 +79,9 @@ class Alert:
     changes: list[AlertChange]
     idempotency_key: str
     unsubscribe: str  # how to stop these alerts, e.g. "trial-monitor unsubscribe 7"
+    #: A daily or weekly digest of several trials: its title is its subject, and its lines
+    #: name their trials; it is filed (and linked) under the first one.
+    digest: bool = False
     url: str = field(init=False)
     history_url: str = field(init=False)
 
@@ -99,6 +102,8 @@ class Alert:
 
     def summary(self) -> str:
         """Subject line: "NCT…: status RECRUITING → SUSPENDED (+2 more changes)"."""
+        if self.digest:
+            return shorten(self.title, 150)
         first, rest = self.ordered()[0], len(self.changes) - 1
         text = f"{self.nct_id}: {shorten(headline(first.change), 150)}"
         if rest:

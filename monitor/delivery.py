@@ -217,6 +217,7 @@ def build_alert(store: Store, sub: Subscription, rows: list[dict[str, Any]]) -> 
         changes=changes,
         idempotency_key=rows[0]["batch"],
         unsubscribe=f"trial-monitor unsubscribe {sub.id}",
+        digest=digest,
     )
 
 

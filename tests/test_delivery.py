@@ -336,6 +336,7 @@ def test_daily_digest_combines_two_trials_at_digest_time(
     report = delivery.deliver_due(store, acfg, at_time)
     assert (report.digests, report.sent) == (1, 1)
     [msg] = smtp.messages
+    assert msg["Subject"] == f"Daily digest: 19 changes in 2 trials ({OTHER}, {TRIAL})"
     body = msg.get_body(("plain",))
     assert body is not None
     text = body.get_content()
