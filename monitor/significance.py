@@ -46,6 +46,8 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule("*QcDate*", _ANY, "admin"),
     Rule("derived.*", _ANY, "admin"),
     Rule("annotations.*", _ANY, "admin"),
+    # --- the record itself left (404) or came back to the registry -----------------------
+    Rule("identification.nctId", _MEMBERSHIP, "major"),
     # --- recruitment and conduct --------------------------------------------------------
     Rule("status.overallStatus", _ANY, "major"),
     Rule("status.whyStopped", _ANY, "major"),

@@ -271,13 +271,17 @@ def _describe_item(change: Change, prefix: str, key: str, context: Mapping[str, 
     return f"{noun} {name}: " + "; ".join(diffs)
 
 
-def _results(change: Change) -> str | None:
-    """Results get their own words: posting them is the event researchers wait for."""
-    if change.field != "results.hasResults":
-        return None
-    if change.new is True:
-        return "Results posted"
-    return "Results no longer posted" if change.old is True else None
+def _event(change: Change) -> str | None:
+    """Events that read better as words than as old → new values."""
+    if change.field == "results.hasResults":
+        if change.new is True:
+            return "Results posted"
+        return "Results no longer posted" if change.old is True else None
+    if change.field == "identification.nctId" and change.change != "changed":
+        if change.change == "removed":
+            return "Record no longer found in the registry (its last version is kept)"
+        return "Record found in the registry again"
+    return None
 
 
 def _describe(change: Change, context: Mapping[str, Any], short: bool) -> str:
@@ -285,7 +289,7 @@ def _describe(change: Change, context: Mapping[str, Any], short: bool) -> str:
     if item:
         text = _describe_item(change, *item, context)
         return text[:1].lower() + text[1:] if short else text
-    special = _results(change)
+    special = _event(change)
     if special:
         return special.lower() if short else special
     body = _arrow(change.field, change.old, change.new, context)

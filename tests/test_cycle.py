@@ -15,6 +15,8 @@ from monitor.errors import LockedError
 from monitor.fetch import Fetcher
 from monitor.standin import StandIn
 from monitor.storage import Store, utcnow
+from monitor.subscriptions import as_change, level_of
+from monitor.wording import describe
 from tests.conftest import history_versions, study
 
 
@@ -144,6 +146,9 @@ def test_a_trial_removed_from_the_registry_is_recorded_once_and_its_return_too(
         assert run_cycle(store, fetcher).not_found == 1
     run_cycle(store, fetcher)
     assert _fields(store, "NCT05009069") == [("identification.nctId", "removed")]
+    (gone,) = [c for c in store.changes(["NCT05009069"]) if not c.baseline]
+    assert level_of(gone) == "major"
+    assert describe(as_change(gone)).startswith("Record no longer found in the registry")
     assert [e["event"] for e in logs].count("trial.not_found") == 1
     trial = store.trial("NCT05009069")
     assert trial is not None

@@ -16,6 +16,7 @@ LOCATION = {"facility": "Mayo Clinic", "city": "Rochester", "country": "United S
     "change",
     [
         Change("status.overallStatus", "changed", "RECRUITING", "SUSPENDED"),
+        Change("identification.nctId", "removed", "NCT05009069", None),
         Change("status.whyStopped", "added", None, "Funding"),
         Change("status.lastKnownStatus", "changed", "RECRUITING", "ACTIVE_NOT_RECRUITING"),
         Change("outcomes.primary.adverse events", "added", None, {"measure": "AEs"}),
