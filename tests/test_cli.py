@@ -86,13 +86,18 @@ def test_check_prints_a_one_line_summary_and_changes_lists_them_as_json(
     assert run(config_file, "changes", "--since", "last week").exit_code == 2
 
 
-def test_show_renders_the_seed_style_page_with_recent_field_changes(
-    config_file: Path, api: StandIn
-) -> None:
+def _two_versions_seen(config_file: Path, api: StandIn) -> None:
+    """NCT05935098 checked, then checked again after its real next version (terminated)."""
     run(config_file, "add", "NCT05935098")
     run(config_file, "check")
     api.advance("NCT05935098")
     run(config_file, "check")
+
+
+def test_show_renders_the_seed_style_page_with_recent_field_changes(
+    config_file: Path, api: StandIn
+) -> None:
+    _two_versions_seen(config_file, api)
     page = run(config_file, "show", "nct05935098").output
     assert page.startswith("---\ntitle: ")
     assert "\nnct_id: NCT05935098\n" in page
@@ -124,10 +129,7 @@ def test_show_renders_the_seed_style_page_with_recent_field_changes(
 def test_history_lists_versions_and_the_groups_that_changed(
     config_file: Path, api: StandIn
 ) -> None:
-    run(config_file, "add", "NCT05935098")
-    run(config_file, "check")
-    api.advance("NCT05935098")
-    run(config_file, "check")
+    _two_versions_seen(config_file, api)
     lines = run(config_file, "history", "NCT05935098").output.splitlines()
     assert len(lines) == 4
     assert "(first seen)" in lines[2]

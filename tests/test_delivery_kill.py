@@ -31,6 +31,25 @@ def _wait_for(condition: object, seconds: float = 20.0) -> None:
         time.sleep(0.02)
 
 
+def _one_pending_alert(
+    store: Store, config: Config, fetcher: Fetcher, api: StandIn, url: str
+) -> None:
+    """A webhook subscriber and one real change (a trial terminated) waiting in the outbox."""
+    store.add_trials(["NCT05935098"], utcnow())
+    run_cycle(store, fetcher)
+    subscribe(
+        store,
+        config,
+        channel="webhook",
+        target=f"{url}/in",
+        trials=None,
+        now=utcnow() - timedelta(seconds=1),
+    )
+    api.advance("NCT05935098")
+    run_cycle(store, fetcher)
+    assert outbox.counts(store)["pending"] == 1
+
+
 def test_a_delivery_killed_after_sending_resends_once_with_the_same_key(
     cfg: Config, api: StandIn, fetcher: Fetcher, tmp_path: Path
 ) -> None:
@@ -41,19 +60,7 @@ def test_a_delivery_killed_after_sending_resends_once_with_the_same_key(
         '[notify]\nallow_private_targets = true\ntimeout = "5s"\n[logging]\nlevel = "error"\n'
     )
     with app.open_store(config) as store, receiver() as hook:
-        store.add_trials(["NCT05935098"], utcnow())
-        run_cycle(store, fetcher)
-        subscribe(
-            store,
-            config,
-            channel="webhook",
-            target=f"{hook.url}/in",
-            trials=None,
-            now=utcnow() - timedelta(seconds=1),
-        )
-        api.advance("NCT05935098")
-        run_cycle(store, fetcher)
-        assert outbox.counts(store)["pending"] == 1
+        _one_pending_alert(store, config, fetcher, api, hook.url)
 
         hook.hold = threading.Event()
         sender = subprocess.Popen(
@@ -85,18 +92,7 @@ def test_a_cycle_that_ended_before_sending_still_delivers(
     config = alert_config(cfg)
     with receiver() as hook:
         with app.open_store(config) as store:
-            store.add_trials(["NCT05935098"], utcnow())
-            run_cycle(store, fetcher)
-            subscribe(
-                store,
-                config,
-                channel="webhook",
-                target=f"{hook.url}/in",
-                trials=None,
-                now=utcnow() - timedelta(seconds=1),
-            )
-            api.advance("NCT05935098")
-            run_cycle(store, fetcher)
+            _one_pending_alert(store, config, fetcher, api, hook.url)
         with Store(config.database_path) as reopened:  # a new process after the crash
             assert deliver_due(reopened, config, utcnow()).sent == 1
     assert len(hook.requests) == 1
