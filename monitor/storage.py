@@ -300,13 +300,18 @@ class Store:
         return present
 
     def trials(self, ids: Iterable[str] | None = None) -> list[Trial]:
-        rows = self.db.query("select * from trials order by nct_id")
-        wanted = set(ids) if ids is not None else None
-        return [
-            Trial.from_row(r)
-            for r in rows
-            if wanted is None or r["nct_id"] in wanted or _aliases_hit(r, wanted)
-        ]
+        """Watched trials, or those whose id or an alias is in ``ids`` (looked up in SQL)."""
+        if ids is None:
+            rows = self.db.query("select * from trials order by nct_id")
+        else:
+            wanted = orjson.dumps(sorted(set(ids))).decode()
+            rows = self.db.query(
+                "select * from trials where nct_id in (select value from json_each(:ids)) "
+                "or exists (select 1 from json_each(trials.aliases) "
+                "where value in (select value from json_each(:ids))) order by nct_id",
+                {"ids": wanted},
+            )
+        return [Trial.from_row(r) for r in rows]
 
     def trial(self, nct_id: str) -> Trial | None:
         found = self.trials([nct_id])
@@ -640,10 +645,6 @@ class Store:
 
 class _LostRace(Exception):
     """Raised inside a transaction to roll it back when another writer got there first."""
-
-
-def _aliases_hit(row: dict[str, Any], wanted: set[str]) -> bool:
-    return bool(wanted.intersection(orjson.loads(row["aliases"] or "[]")))
 
 
 def _pk(value: Any) -> int:
